@@ -12,7 +12,7 @@ Backend contract (each of ``torch_backend``, ``triton``, ``cuda`` implements it)
 
     kl(sh, sw, sb, th, tw, tb, *, divergence, beta, temperature, vocab_size, reduction)
         sh [n, Hs], sw [Vs, Hs], sb [Vs] | None, th [n, Ht], tw [Vt, Ht], tb [Vt] | None
-        reduction "sum" -> float32 scalar, "none" -> float32 [n]; differentiable in
+        reduction "sum" -> scalar, "none" -> [n], float32 (float64 for float64 inputs); differentiable in
         sh, sw, sb (teacher tensors are constants).
     logprobs(h, w, b, targets, *, temperature, return_entropy)
         h [n, H], w [V, H], b [V] | None, targets long [n] in [0, V)
@@ -100,7 +100,7 @@ def _resolve_backend(backend, device: torch.device):
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return available_backends(device)[0]
+        return "torch" if device.type != "cuda" else available_backends(device)[0]
     if backend not in _supported_backends(device):
         raise ValueError(
             f"backend={backend!r} is not available on {device}: {_unavailable_reason(backend, device)}. "
@@ -153,13 +153,14 @@ def available_backends(device="cpu") -> list:
 
 
 class _ZeroLoss(torch.autograd.Function):
-    """A float32 zero of a given shape whose gradients are zeros (never NaN, never None)."""
+    """A float32 (float64 for float64 inputs) zero of a given shape whose gradients are zeros (never NaN, never None)."""
 
     @staticmethod
     def forward(ctx, shape, *tensors):
         ctx.specs = [(t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else None for t in tensors]
-        device = next(t.device for t in tensors if isinstance(t, torch.Tensor))
-        return torch.zeros(shape, dtype=torch.float32, device=device)
+        first = next(t for t in tensors if isinstance(t, torch.Tensor))
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        return torch.zeros(shape, dtype=dtype, device=first.device)
 
     @staticmethod
     def backward(ctx, grad):
@@ -204,7 +205,7 @@ def fused_kl(
     * ``"jsd"``:     ``beta KL(p_t || M) + (1 - beta) KL(p_s || M)``, ``M = beta p_t + (1 - beta) p_s``
 
     Gradients flow to the student hidden states, weight and bias; the teacher is a constant.
-    Returns float32: a scalar for "mean"/"sum", the leading shape for "none" (0 where masked).
+    Returns float32 (float64 when the inputs are float64, e.g. for gradcheck): a scalar for "mean"/"sum", the leading shape for "none" (0 where masked).
     """
     _check_linear("student_", student_hidden, student_weight, student_bias)
     _check_linear("teacher_", teacher_hidden, teacher_weight, teacher_bias)
@@ -278,7 +279,8 @@ def fused_logprobs(
     return_entropy: bool = False,
     backend: str = "auto",
 ):
-    """``log softmax((hidden @ weight.T + bias) / temperature)[target]`` per token, float32.
+    """``log softmax((hidden @ weight.T + bias) / temperature)[target]`` per token, float32
+    (float64 when the inputs are float64).
 
     Targets equal to -100 are ignored: their log-prob (and entropy) is 0 with no gradient.
     With ``return_entropy=True`` also returns ``H = -sum_v p log p`` of the same distribution.
@@ -313,7 +315,7 @@ def fused_logprobs(
         h, flat_targets = h.index_select(0, index), flat_targets.index_select(0, index)
     if h.shape[0] == 0:
         zero = _ZeroLoss.apply(tuple(lead), hidden, weight, bias)
-        return (zero, zero.detach().clone()) if return_entropy else zero
+        return (zero, _ZeroLoss.apply(tuple(lead), hidden, weight, bias)) if return_entropy else zero
 
     out = _backend_module(name).logprobs(
         h, weight, bias, flat_targets, temperature=temperature, return_entropy=return_entropy
