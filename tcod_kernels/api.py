@@ -6,13 +6,14 @@ flat, checked, mask-compacted tensors and never re-validate:
 * hidden states are flattened to ``[N, H]``;
 * masked tokens (``mask`` False, or target ``-100``) are dropped *before* any kernel runs,
   so backends only see counted rows;
-* ``reduction="mean"`` is ``sum / count`` on top of a backend's ``"sum"``.
+* ``reduction="mean"`` is over the counted rows the backend receives.
 
 Backend contract (each of ``torch_backend``, ``triton``, ``cuda`` implements it)::
 
     kl(sh, sw, sb, th, tw, tb, *, divergence, beta, temperature, vocab_size, reduction)
         sh [n, Hs], sw [Vs, Hs], sb [Vs] | None, th [n, Ht], tw [Vt, Ht], tb [Vt] | None
-        reduction "sum" -> scalar, "none" -> [n], float32 (float64 for float64 inputs); differentiable in
+        reduction "mean" | "sum" -> scalar, "none" -> [n], float32 (float64 for float64
+        inputs); "mean" divides the sum by n (the rows passed); differentiable in
         sh, sw, sb (teacher tensors are constants).
     logprobs(h, w, b, targets, *, temperature, return_entropy)
         h [n, H], w [V, H], b [V] | None, targets long [n] in [0, V)
@@ -260,11 +261,9 @@ def fused_kl(
     out = _backend_module(name).kl(
         sh, student_weight, student_bias, th, teacher_weight, teacher_bias,
         divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab_size,
-        reduction="none" if reduction == "none" else "sum",
+        reduction=reduction,
     )
-    if reduction == "mean":
-        return out / count
-    if reduction == "sum":
+    if reduction != "none":
         return out
     return _scatter_rows(out, index, n_total).reshape(lead)
 

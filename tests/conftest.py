@@ -8,6 +8,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Without a GPU, Triton kernels run under the interpreter. transformers imports triton, so the
+# variable must be set before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def make_kl_problem(lead=(2, 5), hs=8, ht=12, vs=37, vt=None, dtype=torch.float32, bias=False, scale=1.0, seed=0):
     """Random student/teacher hidden states and lm_head weights with a gradient on the student."""
