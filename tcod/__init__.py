@@ -1,0 +1,1 @@
+"""TCOD: temporal-curriculum on-policy distillation for multi-turn LLM agents."""
