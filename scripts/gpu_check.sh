@@ -75,6 +75,7 @@ $PY -c "import liger_kernel, cut_cross_entropy; print('peers import')" >> "$OUT/
 
 # ---------------------------------------------------------------- CUDA extension
 if grep -qE "CUDAExtension|ext_modules" setup.py 2>/dev/null; then
+    export TCOD_BUILD_CUDA=1
     run_stage build 150 "$OUT/build.log" $PY setup.py build_ext --inplace
     tail -n 5 "$OUT/build.log"
 else
