@@ -13,6 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tests use tiny shapes, where intra-op threads only add contention (subprocess tests
+# set OMP_NUM_THREADS=1 for the same reason).
+torch.set_num_threads(1)
+
 
 def make_kl_problem(lead=(2, 5), hs=8, ht=12, vs=37, vt=None, dtype=torch.float32, bias=False, scale=1.0, seed=0):
     """Random student/teacher hidden states and lm_head weights with a gradient on the student."""

@@ -261,6 +261,16 @@ def test_twx_is_deterministic_and_handles_invalid_actions(twx):
 
 
 @needs["textworld_express"]
+def test_twx_expert_path_is_stable_for_a_task(twx):
+    # The simulator's gold-path search is unseeded; the env must give one path per task.
+    first = twx.expert_actions("coin/1")
+    twx.reset("coin/1")
+    twx.step(first[0])
+    assert twx.expert_actions("coin/1") == first
+    assert twx.expert_actions("coin/1") == first
+
+
+@needs["textworld_express"]
 def test_twx_killed_jvm_raises_environment_crashed():
     env = tcod.envs.make("textworld_express", games="coin", tasks_per_game=1)
     env.reset("coin/0")

@@ -58,6 +58,7 @@ class TextWorldExpressEnv(TextEnv):
         self._sim = _Sim(envStepLimit=10 ** 6)
         self._crashed = False
         self._last_score = 0.0
+        self._gold_paths: dict[str, list[str]] = {}
 
     @property
     def pid(self) -> int:
@@ -108,8 +109,16 @@ class TextWorldExpressEnv(TextEnv):
         return obs, reward, done, {"success": success, "score": score}
 
     def _expert_actions(self, task: str) -> list[str]:
-        self._start(task, gold=True)
-        return [str(a) for a in self._call(self._sim.getGoldActionSequence)]
+        """The simulator's gold path, computed once per task and then reused.
+
+        The simulator's gold-path search is not seeded by the game seed (the same game gives
+        paths of different lengths on repeated calls), so the first path found is kept: the
+        expert of a task stays the same for the life of this environment.
+        """
+        if task not in self._gold_paths:
+            self._start(task, gold=True)
+            self._gold_paths[task] = [str(a) for a in self._call(self._sim.getGoldActionSequence)]
+        return list(self._gold_paths[task])
 
     def _close(self) -> None:
         shutdown_bridge(self._sim._gateway, self._sim.close)
