@@ -113,44 +113,15 @@ for stage in "shape_bt8192 and kl_jsd" "shape_qwen and kl_reverse" "shape_bt8192
 done
 
 # ---------------------------------------------------------------- results.md
-$PY - "$OUT" <<'EOF' > "$OUT/results.md"
-import glob, json, os, sys
-out = sys.argv[1]
-rows = {}
-machine = None
-for path in sorted(glob.glob(os.path.join(out, "bench_*.json"))):
-    try:
-        data = json.load(open(path))
-    except (OSError, ValueError):
-        continue
-    machine = machine or data.get("machine_info", {})
-    for b in data.get("benchmarks", []):
-        rows.setdefault(b["group"], []).append(b)
-env = open(os.path.join(out, "env.txt")).read() if os.path.exists(os.path.join(out, "env.txt")) else ""
-print("# GPU benchmark results\n")
-print("```\n" + "\n".join(l for l in env.splitlines() if l.startswith(("torch", "triton", "python", "backends", "TCOD_"))) + "\n```\n")
-print("fwd+bwd, bf16; time = mean over rounds (min in brackets); peak = extra GPU memory beyond the inputs.\n")
-for group in sorted(rows):
-    bench = sorted(rows[group], key=lambda b: b["stats"]["mean"])
-    best = bench[0]["stats"]["mean"]
-    device = bench[0].get("extra_info", {}).get("device", "?")
-    print(f"## {group} ({device})\n")
-    print("| implementation | ms | vs fastest | peak extra GB | TFLOP/s |")
-    print("|---|---:|---:|---:|---:|")
-    for b in bench:
-        name = (b.get("params") or {}).get("impl", b["name"])
-        s, e = b["stats"], b.get("extra_info", {})
-        print(f"| {name} | {s['mean'] * 1e3:.2f} ({s['min'] * 1e3:.2f}) | {s['mean'] / best:.2f}x "
-              f"| {e.get('peak_extra_gb', '')} | {e.get('tflops', '')} |")
-    print()
-skipped = []
-for log in sorted(glob.glob(os.path.join(out, "bench_*.log"))):
-    skipped += [l.strip() for l in open(log) if l.startswith("SKIPPED")]
-if skipped:
-    print("## skipped\n")
-    print("\n".join(f"* {l}" for l in skipped))
-if not rows:
-    print("no benchmark finished; see bench_*.log")
-EOF
+grep -E "^(torch|triton|python|backends|TCOD_|GPU|name)" "$OUT/env.txt" > /tmp/gpu_check_header.txt 2>/dev/null || true
+{
+    echo "# GPU benchmark results (fwd+bwd; peak = extra GPU memory beyond the inputs)"
+    echo
+    $PY bench/summarize.py "$OUT"/bench_*.json --header /tmp/gpu_check_header.txt || echo "no benchmark finished; see bench_*.log"
+    grep -h "^SKIPPED" "$OUT"/bench_*.log 2>/dev/null | sed 's/^/* /'
+} > "$OUT/results.md"
 cat "$OUT/results.md"
-echo "== done in ${SECONDS}s; outputs in $OUT"
+# The device tool returns at most 8 files: everything but results.md travels as one archive.
+(cd "$OUT" && tar czf all_outputs.tgz --exclude=results.md --exclude=all_outputs.tgz . \
+    && find . -maxdepth 1 -type f ! -name results.md ! -name all_outputs.tgz ! -name gpu_check.log -delete)
+echo "== done in ${SECONDS}s; outputs in $OUT (results.md, all_outputs.tgz)"
