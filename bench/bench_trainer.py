@@ -18,7 +18,6 @@ Qwen2.5-1.5B/7B widths and vocabularies (151936 / 152064 rows) with 2 layers eac
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CUDA = torch.cuda.is_available()
 if CUDA:
@@ -134,22 +134,10 @@ def build(kind: str, impl: str, setattr_=setattr):
 
 def _probe(kind: str, impl: str) -> None:
     """Prints the resident-set growth (bytes) of one update after a warm-up update."""
+    from _memprobe import peak_rss_growth
+
     step, _ = build(kind, impl)
-    step()
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset VmHWM to the current RSS
-    base = _status_kib("VmRSS")
-    step()
-    print((_status_kib("VmHWM") - base) * 1024)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    print(peak_rss_growth(step))
 
 
 @pytest.mark.parametrize("impl", ["fused", "materialized"])
