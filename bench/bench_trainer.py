@@ -148,6 +148,7 @@ def test_trainer_update(benchmark, monkeypatch, kind, impl):
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+    benchmark.group = f"trainer update, {kind} loss"
     benchmark.pedantic(step, rounds=3, iterations=1)
     info = benchmark.extra_info
     info.update(tokens=tokens, tokens_per_s=round(tokens / benchmark.stats.stats.mean, 1),
