@@ -124,6 +124,7 @@ class TrainConfig:
     micro_batch_tokens: int = _f(8192, "tokens per packed micro-batch row")
     seed: int = _f(0, "random seed (tasks, sampling, init)")
     eval_every: int = _f(20, "evaluate every N steps (0 = only at the end)")
+    eval_at_start: bool = _f(True, "also evaluate the untrained student at step 0 (logged as step 0)")
     eval_tasks: int = _f(32, "tasks per evaluation split (0 = all)")
     save_every: int = _f(20, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")

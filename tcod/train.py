@@ -56,6 +56,10 @@ def main(argv=None) -> int:
         trainer.train()
     finally:
         trainer.close()
+    if trainer.acc.is_main_process:
+        from tcod.report import summarize_run
+
+        print(summarize_run(run_dir))
     return 0
 
 

@@ -157,6 +157,8 @@ class Trainer:
     def train(self) -> None:
         cfg = self.cfg
         show = cfg.train.progress and self.acc.is_main_process
+        if self.step == 0 and cfg.train.eval_at_start:
+            self.logger.log(0, self.evaluate())  # the student before distillation
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not show)
         while self.step < cfg.train.steps:
             step = self.step

@@ -86,6 +86,7 @@ def tiny_overrides(paths, out_dir, method, **extra):
         "rollout.tasks_per_step": 2, "rollout.num_envs": 2, "rollout.max_turn_tokens": 8,
         "rollout.max_context_tokens": 3000, "curriculum.method": method, "curriculum.eta": 1,
         "train.steps": 3, "train.lr": 1e-3, "train.eval_every": 0, "train.eval_tasks": 2, "train.save_every": 0,
+        "train.eval_at_start": False,
         "train.micro_batch_tokens": 2048, "train.output_dir": out_dir, "train.run_name": f"run_{method}",
         "train.device": "cpu", "train.mixed_precision": "no", "train.progress": False, "train.tensorboard": False,
     }
@@ -191,6 +192,9 @@ REQUIRED = ("loss", "kl_traj", "kl_token", "kl_turn/0", "success", "rounds", "de
 
 def _check_run(cfg, run_dir, seen):
     metrics = read_metrics(run_dir)
+    if cfg.train.eval_at_start:  # the untrained student's evaluation comes first, as step 0
+        before = metrics.pop(0)
+        assert before["step"] == 0 and 0.0 <= before["eval/dev/success"] <= 1.0 and "loss" not in before
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         for key in REQUIRED:
@@ -213,7 +217,7 @@ def _check_run(cfg, run_dir, seen):
 
 
 def test_opd_end_to_end(tiny_pair, tmp_path):
-    cfg, run_dir, seen, _ = _run(tiny_pair, tmp_path, "opd")
+    cfg, run_dir, seen, _ = _run(tiny_pair, tmp_path, "opd", **{"train.eval_at_start": True})
     metrics = _check_run(cfg, run_dir, seen)
     for step, eps in seen["episodes"]:
         for ep in eps:
