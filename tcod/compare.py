@@ -112,7 +112,9 @@ def main(argv=None) -> int:
         teacher = teacher_eval(cfg)
         (out / "teacher_eval.json").write_text(json.dumps(teacher, indent=2))
     total = time.perf_counter() - started
-    notes = [f"Preset `{args.config}`" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
+    command = "python -m tcod.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    notes = [f"Command: `{command.strip()}`.",
+             f"Preset `{args.config}`" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
              + f"; env {cfg.env.name} {json.dumps(cfg.env.options)}; student `{cfg.model.student}`, "
              f"teacher `{cfg.model.teacher}`; {args.steps or cfg.train.steps} steps x "
              f"{cfg.rollout.tasks_per_step} tasks per step; seeds {args.seeds}.",
