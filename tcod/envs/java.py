@@ -3,7 +3,8 @@
 ScienceWorld and TextWorldExpress run their simulators in a Java process that py4j
 starts with the ``java`` found on ``PATH``. :func:`require_java` fails early with an
 actionable message instead of a py4j stack trace; :func:`jvm_call` turns a dead JVM into
-:class:`~tcod.envs.base.EnvironmentCrashed`.
+:class:`~tcod.envs.base.EnvironmentCrashed`; :class:`JvmSimulator` is what both
+environments share on top of that (the crash latch, the JVM's pid, closing).
 """
 
 from __future__ import annotations
@@ -101,3 +102,29 @@ def shutdown_bridge(gateway, close_fn) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+class JvmSimulator:
+    """Mixin of the py4j-backed environments: calls through :func:`jvm_call`, a crash latch,
+    the JVM's pid and closing. Subclasses set ``simulator_name`` and assign ``self._sim``."""
+
+    simulator_name = ""
+    _crashed = False
+
+    @property
+    def pid(self) -> int:
+        """Process id of the simulator's JVM."""
+        return self._sim._gateway.java_process.pid
+
+    def _call(self, fn, *args):
+        if self._crashed:
+            raise EnvironmentCrashed(f"this {self.simulator_name} environment crashed earlier; make a new one")
+        try:
+            return jvm_call(self.simulator_name, self._sim._gateway.java_process, fn, *args)
+        except EnvironmentCrashed:
+            self._crashed = True
+            raise
+
+    def _close(self) -> None:
+        shutdown_bridge(self._sim._gateway, self._sim.close)
+        self._sim.close = lambda: None   # its __del__ would close a second time

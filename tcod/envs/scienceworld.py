@@ -16,15 +16,14 @@ come from ``get_gold_action_sequence()``. Needs a Java runtime.
 
 from __future__ import annotations
 
-from .base import EnvironmentCrashed, Observation, TextEnv, check_split
-from .java import jvm_call, require_java, shutdown_bridge
-
+from .base import Observation, TextEnv, check_split
+from .java import JvmSimulator, require_java
 
 # Simulator meta-commands that are never useful to an agent.
 _META_ACTIONS = {"reset task"}
 
 
-class ScienceWorldEnv(TextEnv):
+class ScienceWorldEnv(JvmSimulator, TextEnv):
     """ScienceWorld behind the :mod:`tcod.envs` protocol.
 
     Options: ``task_names`` (subset of the 30 task names; default all),
@@ -33,6 +32,7 @@ class ScienceWorldEnv(TextEnv):
     """
 
     name = "scienceworld"
+    simulator_name = "ScienceWorld"
 
     def __init__(self, task_names=None, simplification: str = "", max_variations: int | None = None,
                  max_steps: int = 30):
@@ -49,7 +49,6 @@ class ScienceWorldEnv(TextEnv):
             raise ImportError("the ScienceWorld environment needs the optional package "
                               "'scienceworld': pip install 'tcod-kernels[envs]'") from exc
         self._sim = _Sim("", envStepLimit=10 ** 6)
-        self._crashed = False
         all_names = list(self._call(self._sim.get_task_names))
         if task_names is None:
             task_names = all_names
@@ -63,20 +62,6 @@ class ScienceWorldEnv(TextEnv):
         self.max_variations = max_variations
         self._variations: dict[str, dict[str, list[int]]] = {}
         self._last_score = 0.0
-
-    @property
-    def pid(self) -> int:
-        """Process id of the simulator's JVM."""
-        return self._sim._gateway.java_process.pid
-
-    def _call(self, fn, *args):
-        if self._crashed:
-            raise EnvironmentCrashed("this ScienceWorld environment crashed earlier; make a new one")
-        try:
-            return jvm_call("ScienceWorld", self._sim._gateway.java_process, fn, *args)
-        except EnvironmentCrashed:
-            self._crashed = True
-            raise
 
     def _split_variations(self, name: str) -> dict[str, list[int]]:
         if name not in self._variations:
@@ -152,7 +137,3 @@ class ScienceWorldEnv(TextEnv):
     def _expert_actions(self, task: str) -> list[str]:
         self._load(task, gold=True)
         return [str(a) for a in self._call(self._sim.get_gold_action_sequence)]
-
-    def _close(self) -> None:
-        shutdown_bridge(self._sim._gateway, self._sim.close)
-        self._sim.close = lambda: None   # its __del__ would close a second time

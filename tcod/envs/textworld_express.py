@@ -10,8 +10,8 @@ flag. Expert actions are the simulator's gold path. Needs a Java runtime.
 
 from __future__ import annotations
 
-from .base import EnvironmentCrashed, Observation, TextEnv, check_positive_int, check_split
-from .java import jvm_call, require_java, shutdown_bridge
+from .base import Observation, TextEnv, check_positive_int, check_split
+from .java import JvmSimulator, require_java
 
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays",
          "peckingorder")
@@ -24,7 +24,7 @@ def _parse_task(task: str) -> tuple[str, int]:
     return game, int(seed)
 
 
-class TextWorldExpressEnv(TextEnv):
+class TextWorldExpressEnv(JvmSimulator, TextEnv):
     """TextWorldExpress behind the :mod:`tcod.envs` protocol.
 
     Options: ``games`` (subset of :data:`GAMES`), ``game_params`` (game -> the
@@ -33,6 +33,7 @@ class TextWorldExpressEnv(TextEnv):
     """
 
     name = "textworld_express"
+    simulator_name = "TextWorldExpress"
 
     def __init__(self, games=GAMES, game_params: dict | None = None, tasks_per_game: int = 50,
                  max_steps: int = 30):
@@ -56,23 +57,8 @@ class TextWorldExpressEnv(TextEnv):
                               "'textworld-express': pip install 'tcod-kernels[envs]'") from exc
         # The simulator's own step limit is kept above ours; ours truncates.
         self._sim = _Sim(envStepLimit=10 ** 6)
-        self._crashed = False
         self._last_score = 0.0
         self._gold_paths: dict[str, list[str]] = {}
-
-    @property
-    def pid(self) -> int:
-        """Process id of the simulator's JVM."""
-        return self._sim._gateway.java_process.pid
-
-    def _call(self, fn, *args):
-        if self._crashed:
-            raise EnvironmentCrashed("this TextWorldExpress environment crashed earlier; make a new one")
-        try:
-            return jvm_call("TextWorldExpress", self._sim._gateway.java_process, fn, *args)
-        except EnvironmentCrashed:
-            self._crashed = True
-            raise
 
     def tasks(self, split: str) -> list[str]:
         check_split(split)
@@ -119,7 +105,3 @@ class TextWorldExpressEnv(TextEnv):
             self._start(task, gold=True)
             self._gold_paths[task] = [str(a) for a in self._call(self._sim.getGoldActionSequence)]
         return list(self._gold_paths[task])
-
-    def _close(self) -> None:
-        shutdown_bridge(self._sim._gateway, self._sim.close)
-        self._sim.close = lambda: None   # its __del__ would close a second time
